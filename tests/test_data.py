@@ -1,0 +1,95 @@
+"""The bundled data: every story checked, the corpus format, neutral texts."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+import pytest
+
+from emovec.corpus_checks import find_emotion_word, max_ngram_overlap, word_count
+from emovec.data import bundled_path, load_corpus, read_neutral, read_stories
+from emovec.errors import EmovecError
+from emovec.norms import load_emotions
+
+STORIES = read_stories(bundled_path("stories.jsonl"))
+TOPICS = set(bundled_path("topics.txt").read_text().splitlines())
+
+
+def test_every_emotion_has_six_stories_on_three_topics_in_both_persons():
+    emotions = load_emotions()
+    assert len(emotions) == 171
+    by = defaultdict(list)
+    for s in STORIES:
+        by[s.emotion].append(s)
+    assert set(by) == set(emotions)
+    for emotion, stories in by.items():
+        assert len(stories) >= 6, emotion
+        assert len({s.topic for s in stories}) >= 3, emotion
+        assert {s.meta["person"] for s in stories} == {"first", "third"}, emotion
+    assert len(STORIES) >= 1026
+
+
+def test_topics_come_from_topics_txt():
+    assert len(TOPICS) >= 100
+    assert {s.topic for s in STORIES} <= TOPICS
+
+
+def test_story_lengths():
+    lengths = [word_count(s.text) for s in STORIES]
+    assert min(lengths) >= 80 and max(lengths) <= 220
+
+
+def test_no_story_names_its_own_emotion():
+    leaks = [(s.emotion, find_emotion_word(s.emotion, s.text)) for s in STORIES]
+    assert [leak for leak in leaks if leak[1]] == []
+
+
+def test_the_checker_catches_inflections():
+    assert find_emotion_word("happy", "She smiled happily.") == "happily"
+    assert find_emotion_word("worn out", "I was worn out.") == "worn out"
+    assert find_emotion_word("calm", "The sea was calmer.") == "calmer"
+    assert find_emotion_word("calm", "The sea was still.") is None
+
+
+def test_no_two_stories_share_more_than_a_small_fraction_of_4grams():
+    frac, i, j = max_ngram_overlap([s.text for s in STORIES])
+    assert frac < 0.08, (STORIES[i].text, STORIES[j].text)
+
+
+def test_neutral_texts():
+    rows = [json.loads(line) for line in bundled_path("neutral.jsonl").read_text().splitlines() if line.strip()]
+    assert len(rows) >= 120
+    kinds = Counter(r["kind"] for r in rows)
+    assert abs(kinds["dialogue"] - kinds["paragraph"]) <= len(rows) // 5
+    assert len(read_neutral(bundled_path("neutral.jsonl"))) == len(rows)
+
+
+def test_published_format_both_shapes_and_metadata(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"emotion": "Happy ", "stories": ["a b c", "d e f"], "topic": "t1"}) + "\n\n"
+                    + json.dumps({"emotion": "sad", "text": "g h i", "model": "m"}) + "\n")
+    stories = read_stories(path)
+    assert [(s.emotion, s.text) for s in stories] == [("happy", "a b c"), ("happy", "d e f"), ("sad", "g h i")]
+    assert stories[0].topic == "t1" and stories[2].meta["model"] == "m"
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"emotion": "sad"', "not valid JSON"),
+    ('["sad", "text"]', "expected a JSON object"),
+    ('{"text": "x"}', "missing the 'emotion' key"),
+    ('{"emotion": "sad"}', "needs 'stories'"),
+    ('{"emotion": "sad", "stories": "x"}', "'stories' must be a list"),
+])
+def test_bad_lines_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"emotion": "sad", "text": "fine"}) + "\n" + line + "\n")
+    with pytest.raises(EmovecError, match=rf"{path}:2: .*{message}"):
+        read_stories(path)
+
+
+def test_subset_and_cap():
+    stories = load_corpus({"emotions": ["happy", "sad"], "max_stories_per_emotion": 2})
+    assert Counter(s.emotion for s in stories) == {"happy": 2, "sad": 2}
+    with pytest.raises(EmovecError, match="no story .*: zesty"):
+        load_corpus({"emotions": ["zesty"]})
