@@ -34,14 +34,15 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(method: str, model_name: str, n: int, offset: int) -> dict:
+def measure(method: str, model_name: str, n: int, offset: int, dtype: str = "float32") -> dict:
     from emovec.capture import (collate, plan_batches, pooling_weights, resolve_layers, run_capture,
                                 tokenize_items, pad_token_id)
     from emovec.models import load_model
     from emovec.pipeline import make_trainer
     from emovec.store import FeatureStore
 
-    loaded = load_model({"name": model_name, "dtype": "float32"})
+    # The common recipe is fp32 by definition; capture and bare use the dtype asked for.
+    loaded = load_model({"name": model_name, "dtype": "float32" if method == "common" else dtype})
     texts = _stories(n)
     items = tokenize_items(loaded.tokenizer, texts, [offset] * len(texts), 512)
     tokens = sum(len(i.ids) for i in items)
@@ -80,10 +81,11 @@ def main() -> None:
     parser.add_argument("--stories", type=int, default=96)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--offset", type=int, default=50)
+    parser.add_argument("--dtype", default="auto", help="capture/bare weights: auto (emovec's default), float32, bfloat16")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.model, args.stories, args.offset)))
+        print(json.dumps(measure(args.one, args.model, args.stories, args.offset, args.dtype)))
         return
     # Warm the model conversion cache so no method pays for it.
     subprocess.run([sys.executable, "-c", f"from emovec.models import load_model; load_model({{'name': '{args.model}'}})"],
@@ -91,11 +93,12 @@ def main() -> None:
     results = {}
     for method in ("capture", "bare", "common"):
         out = subprocess.run([sys.executable, __file__, "--one", method, "--stories", str(args.stories),
-                              "--model", args.model, "--offset", str(args.offset)],
+                              "--model", args.model, "--offset", str(args.offset), "--dtype", args.dtype],
                              check=True, capture_output=True, text=True)
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"\n== capture throughput: {args.model}, {args.stories} stories, "
-          f"{results['capture']['tokens']} tokens, all layers, fp32, {torch.get_num_threads()} threads ==")
+          f"{results['capture']['tokens']} tokens, all layers, capture dtype {args.dtype}, "
+          f"{torch.get_num_threads()} threads ==")
     for method, r in results.items():
         print(f"  {method:8s} {r['tokens_per_s']:8.0f} tokens/s  {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB")
     cap, bare, common = (results[m]["tokens_per_s"] for m in ("capture", "bare", "common"))

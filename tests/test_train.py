@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 import emovec.pipeline as pipeline
 from emovec.errors import EmovecError
+from emovec.norms import load_emotions
 from tests.conftest import TINY_STORIES, compose, run_cli, tiny_overrides
 
 PROMISED = ["layers.csv", "summary.json", "vectors.safetensors", "norms.csv", "layer_curves.png"]
@@ -37,10 +38,12 @@ def test_cli_writes_every_promised_file_and_an_offline_wandb_run(tiny_corpus, tm
     best = summary["best"]["pc1_valence_r"]
     assert best["value"] == pytest.approx(table["pc1_valence_r"].max())
     assert summary["counts"] == {"stories": 16, "stories_used": 16, "stories_dropped": 0, "emotions": 8,
-                                 "neutral_texts": 6}
+                                 "neutral_texts": 6, "emotions_without_norms": []}
     with safe_open(str(run_dir / "vectors.safetensors"), "pt") as fh:
         meta = fh.metadata()
-        assert json.loads(meta["emotions"]) == list(TINY_STORIES)
+        # Row order follows the norms' list (the paper's order), not the corpus file's.
+        order = load_emotions()
+        assert json.loads(meta["emotions"]) == sorted(TINY_STORIES, key=order.index)
         assert fh.get_tensor("vectors").shape == (5, 8, 64)
     wandb = summary["wandb"]
     assert wandb["mode"] == "offline" and wandb["run_id"]

@@ -171,6 +171,10 @@ class CaptureModule(pl.LightningModule):
 
     # Lightning calls this on every rank once the device is known.
     def on_predict_start(self) -> None:
+        # Several CPU processes on one node share its cores instead of each taking them all.
+        local_world = max(1, self.trainer.world_size // max(1, self.trainer.num_nodes))
+        if self.trainer.strategy.root_device.type == "cpu" and local_world > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         model = self.loaded.model
         if not getattr(model, "hf_device_map", None):
             model.to(self.trainer.strategy.root_device)
@@ -187,7 +191,8 @@ class CaptureModule(pl.LightningModule):
             h = h[0]
         w = self._weights.to(h.device)
         summed = torch.einsum("bth,bt->bh", h.float(), w)
-        self._pooled[self._slot[layer]] = (summed / w.sum(1, keepdim=True).clamp(min=1)).cpu()
+        # Stays on the device: a copy to the host here would sync the GPU once a layer.
+        self._pooled[self._slot[layer]] = summed / w.sum(1, keepdim=True).clamp(min=1)
         if layer == self.layers[-1]:
             raise _StopForward
 
@@ -217,7 +222,8 @@ class CaptureModule(pl.LightningModule):
             pass
         if any(p is None for p in self._pooled):
             raise EmovecError(f"{self.loaded.name}: a capture hook did not fire; the forward skipped a block")
-        mean = torch.stack(self._pooled, dim=1)  # (B, n_layers, H)
+        first = self._pooled[0].device
+        mean = torch.stack([p.to(first) for p in self._pooled], dim=1).cpu()  # (B, n_layers, H), one copy
         count = self._weights.sum(1).long().cpu()
         if not torch.isfinite(mean).all():
             bad = (~torch.isfinite(mean)).nonzero()[0].tolist()

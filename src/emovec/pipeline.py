@@ -44,6 +44,7 @@ class Inputs:
     neutral: list[str]
     norms: Norms
     emotions: list[str]
+    unrated: list[str]  # emotions of the corpus the norms do not rate, left out
 
 
 def load_inputs(cfg: DictConfig) -> Inputs:
@@ -52,6 +53,14 @@ def load_inputs(cfg: DictConfig) -> Inputs:
     neutral = load_neutral_texts(cfg.dataset)
     norms = load_norms(cfg.norms)
     emotions = emotions_in_order(stories, list(norms.table.index))
+    # A lexicon (norms=warriner) may lack some emotions; those are reported and left out, never
+    # silently. Any other emotion missing from the norms is an error (usually a spelling).
+    unrated = [e for e in emotions if e in set(norms.missing)]
+    if unrated:
+        log.warning("norms %s rate no %d emotion(s) of the corpus; they are left out: %s",
+                    norms.source, len(unrated), ", ".join(unrated))
+        stories = [s for s in stories if s.emotion not in set(unrated)]
+        emotions = [e for e in emotions if e not in set(unrated)]
     absent = [e for e in emotions if e not in norms.table.index]
     if absent:
         where = cfg.dataset.get("path") or "the bundled corpus"
@@ -59,7 +68,7 @@ def load_inputs(cfg: DictConfig) -> Inputs:
                           + ", ".join(absent))
     if len(emotions) < 3:
         raise EmovecError(f"the corpus covers {len(emotions)} emotion(s); the geometry needs at least 3")
-    return Inputs(stories, neutral, norms, emotions)
+    return Inputs(stories, neutral, norms, emotions, unrated)
 
 
 def feature_material(cfg: DictConfig, texts: list[str]) -> dict[str, Any]:
@@ -101,7 +110,9 @@ def capture_features(cfg: DictConfig, inputs: Inputs, store: FeatureStore, mater
     trainer = make_trainer(cfg.trainer)
     if not run_capture(loaded, items, layers, store, plan, trainer, cfg.extract.get("padding_side", "right")):
         return None
-    info = {"model": loaded.name, "num_layers": loaded.num_layers, "hidden_size": loaded.hidden_size}
+    info = {"model": loaded.name, "num_layers": loaded.num_layers, "hidden_size": loaded.hidden_size,
+            "tokens": sum(len(it.ids) for it in items), "dtype": str(next(loaded.model.parameters()).dtype),
+            "world_size": trainer.world_size}
     return store.assemble(layers, info)
 
 
@@ -215,6 +226,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             return None
         features = captured
     timings["capture_s"] = time.perf_counter() - t
+    if model_loaded and features.info.get("tokens"):
+        timings["capture_tokens_per_s"] = features.info["tokens"] / timings["capture_s"]
     check_finite(features)
     keep = usable_stories(features, inputs, int(cfg.extract.token_offset))
 
@@ -264,7 +277,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         "layers": vecs.layers, "best": best, "settings": settings,
         "counts": {"stories": len(inputs.stories), "stories_used": int(len(keep)),
                    "stories_dropped": len(inputs.stories) - int(len(keep)), "emotions": len(inputs.emotions),
-                   "neutral_texts": len(inputs.neutral)},
+                   "neutral_texts": len(inputs.neutral), "emotions_without_norms": inputs.unrated},
         "clusters": {"layer": best["pc1_valence_r"]["layer"], "k": len(clusters), "members": clusters},
         "feature_store": str(store.dir), "model_loaded": model_loaded, "norms": inputs.norms.source,
         "timings": timings, "wandb": tracker.info(),
