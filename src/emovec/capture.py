@@ -161,6 +161,8 @@ class CaptureModule(pl.LightningModule):
         self._handles: list[Any] = []
         self._written = 0
         self.items, self.plan, self.padding_side = list(items), plan, padding_side
+        # On resume one rank may find all its batches already on disk.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def predict_dataloader(self) -> DataLoader:
         # Called after the launcher has started every rank, so the rank and world size are final.
@@ -257,6 +259,8 @@ def run_capture(loaded: LoadedModel, items: Sequence[CaptureItem], layers: Seque
     done = store.done_batches()
     if done:
         log.info("resuming capture: %d of %d batches already on disk", len(done), len(plan))
+    if len(done) >= len(plan):
+        return trainer.is_global_zero
     module = CaptureModule(loaded, layers, store, items, plan, padding_side)
     trainer.predict(module, return_predictions=False)
     trainer.strategy.barrier("capture-done")
