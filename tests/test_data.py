@@ -59,9 +59,17 @@ def test_no_two_stories_share_more_than_a_small_fraction_of_4grams():
 
 def test_neutral_texts():
     rows = [json.loads(line) for line in bundled_path("neutral.jsonl").read_text().splitlines() if line.strip()]
-    assert len(rows) >= 120
     kinds = Counter(r["kind"] for r in rows)
-    assert abs(kinds["dialogue"] - kinds["paragraph"]) <= len(rows) // 5
+    # Dialogues and factual paragraphs as the papers' baselines; flat narratives on the stories'
+    # own topics, so denoising removes narrative and topic variation too.
+    assert kinds["dialogue"] + kinds["paragraph"] >= 120
+    assert abs(kinds["dialogue"] - kinds["paragraph"]) <= 0.1 * (kinds["dialogue"] + kinds["paragraph"])
+    assert kinds["narrative"] >= 200
+    assert {r["topic"] for r in rows if r["kind"] == "narrative"} == TOPICS
+    texts = [r["text"] for r in rows]
+    assert max_ngram_overlap(texts)[0] < 0.08
+    emotions = load_emotions()
+    assert [(t[:40], e) for t in texts for e in emotions if find_emotion_word(e, t)] == []
     assert len(read_neutral(bundled_path("neutral.jsonl"))) == len(rows)
 
 

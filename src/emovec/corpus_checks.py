@@ -6,6 +6,7 @@ or repeats another story's phrasing is caught the same way everywhere.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from itertools import combinations
@@ -183,13 +184,17 @@ def forbidden_forms(emotion: str) -> set[str]:
     return forms
 
 
+@functools.lru_cache(maxsize=None)
+def _emotion_pattern(emotion: str) -> re.Pattern[str]:
+    # Longest forms first, so "happily" is reported rather than a shorter form inside it.
+    forms = sorted(forbidden_forms(emotion), key=len, reverse=True)
+    return re.compile(r"(?<![a-z])(" + "|".join(map(re.escape, forms)) + r")(?![a-z])")
+
+
 def find_emotion_word(emotion: str, text: str) -> str | None:
     """The first forbidden form of `emotion` found in `text` as a whole word, or None."""
-    lowered = text.lower()
-    for form in sorted(forbidden_forms(emotion), key=len, reverse=True):
-        if re.search(r"(?<![a-z])" + re.escape(form) + r"(?![a-z])", lowered):
-            return form
-    return None
+    match = _emotion_pattern(emotion.lower()).search(text.lower())
+    return match.group(1) if match else None
 
 
 def word_ngrams(text: str, n: int = 4) -> set[tuple[str, ...]]:
