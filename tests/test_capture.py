@@ -53,7 +53,8 @@ def reference_features(loaded, texts, offset):
         ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             hs = model(input_ids=ids, output_hidden_states=True).hidden_states
-        states = np.stack([h[0].double().numpy() for h in hs])  # (L+1, T, H)
+        # Gemma 3n keeps several altup streams, (4, B, T, H); the first is the residual stream.
+        states = np.stack([(h[0] if h.dim() == 4 else h)[0].double().numpy() for h in hs])  # (L+1, T, H)
         sel = states[:, offset:] if ids.shape[1] > offset else states[:, :0]
         out.append(sel.mean(1) if sel.shape[1] else np.zeros(states[:, 0].shape))
     return np.stack(out)
@@ -66,7 +67,7 @@ def _final_norm(model, loaded):
     return dict(model.named_modules())[target]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "gemma4", "apertus", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gemma3n", "gemma4", "apertus", "qwen2", "mistral", "gpt2"])
 def test_hooked_features_match_hidden_states(arch, tmp_path):
     loaded = build_tiny_model(arch, layers=4)
     feats = capture(loaded, TEXTS, offset=3, tmp_path=tmp_path)

@@ -256,6 +256,11 @@ def tiny_config(arch: str, vocab_size: int, hidden: int = 64, layers: int = 4) -
     if arch == "gemma3":
         return tf.Gemma3TextConfig(**common, head_dim=16, sliding_window=16,
                                    layer_types=["sliding_attention", "full_attention"] * (layers // 2))
+    if arch == "gemma3n":
+        return tf.Gemma3nTextConfig(**common, head_dim=16, sliding_window=16, num_kv_shared_layers=0,
+                                    layer_types=["sliding_attention", "full_attention"] * (layers // 2),
+                                    activation_sparsity_pattern=[0.0] * layers, vocab_size_per_layer_input=vocab_size,
+                                    hidden_size_per_layer_input=8, laurel_rank=8)
     if arch == "gpt2":
         return tf.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4,
                              n_positions=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -268,7 +273,7 @@ def tiny_config(arch: str, vocab_size: int, hidden: int = 64, layers: int = 4) -
             return tf.Gemma4TextConfig(**text)
         return tf.Gemma4Config(text_config=text)
     raise EmovecError(f"model.arch={arch!r}: tiny models exist for llama, qwen2, mistral, apertus, "
-                      "gemma3, gemma4, gemma4_text, gpt2")
+                      "gemma3, gemma3n, gemma4, gemma4_text, gpt2")
 
 
 def build_tiny_model(arch: str = "llama", hidden: int = 64, layers: int = 4, seed: int = 0,
@@ -334,9 +339,12 @@ def _load_pretrained(cfg: Mapping[str, Any], path: str, dtype: torch.dtype) -> t
     revision = cfg.get("revision")
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust, "revision": revision}
     if cfg.get("device_map"):
-        kwargs["device_map"] = cfg["device_map"]
+        device_map = cfg["device_map"]
+        kwargs["device_map"] = dict(device_map) if isinstance(device_map, Mapping) else device_map
         if cfg.get("max_memory"):
             kwargs["max_memory"] = dict(cfg["max_memory"])
+        if cfg.get("offload_folder"):
+            kwargs["offload_folder"] = str(cfg["offload_folder"])
     try:
         config = tf.AutoConfig.from_pretrained(path, trust_remote_code=trust, revision=revision)
     except OSError as err:

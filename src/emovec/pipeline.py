@@ -100,11 +100,11 @@ def capture_features(cfg: DictConfig, inputs: Inputs, store: FeatureStore, mater
     layers = resolve_layers(cfg.extract.layers, loaded.num_layers)
     offset = int(cfg.extract.token_offset)
     texts = [s.text for s in inputs.stories] + inputs.neutral
-    lengths = [len(ids) for ids in loaded.tokenizer(texts, add_special_tokens=True, truncation=True,
-                                                    max_length=int(cfg.extract.max_length))["input_ids"]]
-    # A neutral text shorter than the offset still counts, pooled over all its tokens.
-    offsets = [offset] * len(inputs.stories) + [offset if n > offset else 0 for n in lengths[len(inputs.stories):]]
-    items = tokenize_items(loaded.tokenizer, texts, offsets, int(cfg.extract.max_length))
+    items = tokenize_items(loaded.tokenizer, texts, [offset] * len(texts), int(cfg.extract.max_length))
+    for item in items[len(inputs.stories):]:
+        # A neutral text shorter than the offset still counts, pooled over all its tokens.
+        item.offset = offset if len(item.ids) > offset else 0
+    lengths = [len(item.ids) for item in items]
     plan = store.begin(material, plan_batches(lengths, int(cfg.extract.batch_tokens),
                                               int(cfg.extract.get("max_batch_size", 64))), len(items))
     trainer = make_trainer(cfg.trainer)
