@@ -235,8 +235,12 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     vecs = build_vectors(cfg, features, inputs, keep)
     valence, arousal = inputs.norms.valence(inputs.emotions), inputs.norms.arousal(inputs.emotions)
     num_layers = int(features.info["num_layers"])
-    table = geometry_table(vecs.vectors.numpy(), vecs.layers, num_layers, valence, arousal, vecs.denoise_k,
-                           int(cfg.seed))
+    # Probe sweeps change nothing here: the geometry is computed once per vectors and norms.
+    geometry_material = {"pooling": cfg.extract.pooling, "variance": float(cfg.extract.denoise.variance),
+                         "emotions": inputs.emotions, "valence": valence.tolist(), "arousal": arousal.tolist(),
+                         "stories": keep.tolist(), "seed": int(cfg.seed), "version": 1}
+    table = store.cached_table("geometry", geometry_material, lambda: geometry_table(
+        vecs.vectors.numpy(), vecs.layers, num_layers, valence, arousal, vecs.denoise_k, int(cfg.seed)))
     timings["geometry_s"] = time.perf_counter() - t
 
     probe_result = None

@@ -17,8 +17,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -144,3 +146,14 @@ class FeatureStore:
         tensors = load_file(str(path))
         info = (self.manifest() or {}).get("info", {})
         return Features(mean=tensors["mean"], count=tensors["count"], layers=layers, info=info)
+
+    def cached_table(self, name: str, material: Mapping[str, Any], compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """A table derived from these features, computed once per `material` (e.g. pooling, norms)."""
+        path = self.dir / f"{name}-{feature_key(material)}.csv"
+        if path.exists():
+            return pd.read_csv(path)
+        table = compute()
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        return table
