@@ -35,8 +35,15 @@ def _peak_mb() -> float:
 
 
 def measure(method: str, model_name: str, n: int, offset: int, dtype: str = "float32") -> dict:
-    from emovec.capture import (collate, plan_batches, pooling_weights, resolve_layers, run_capture,
-                                tokenize_items, pad_token_id)
+    from emovec.capture import (
+        collate,
+        pad_token_id,
+        plan_batches,
+        pooling_weights,
+        resolve_layers,
+        run_capture,
+        tokenize_items,
+    )
     from emovec.models import load_model
     from emovec.pipeline import make_trainer
     from emovec.store import FeatureStore

@@ -51,8 +51,14 @@ def main() -> None:
     import lightning.pytorch as pl
     import transformers as tf
 
-    from emovec.capture import (CaptureItem, collate, pad_token_id, plan_batches, pooling_weights,
-                                resolve_layers, run_capture)
+    from emovec.capture import (
+        CaptureItem,
+        collate,
+        plan_batches,
+        pooling_weights,
+        resolve_layers,
+        run_capture,
+    )
     from emovec.models import LoadedModel, find_decoder_layers, find_final_norm
     from emovec.store import FeatureStore
 

@@ -35,7 +35,7 @@ def capture(loaded, texts, offset, tmp_path, layers="all", padding_side="right",
 
 
 def _set_final_norm_identity(model: nn.Module, norm: nn.Module) -> None:
-    for name, module in model.named_modules():
+    for module in model.modules():
         for child_name, child in module.named_children():
             if child is norm:
                 setattr(module, child_name, nn.Identity())

@@ -87,6 +87,7 @@ def test_metrics_match_an_independent_computation(result):
     y = p["emotion"].numpy()
     for i, layer in enumerate([0, 4, 9]):
         row = result.metrics.iloc[i]
+        assert row["layer"] == layer
         logits = p["emotion_logits"][:, i].numpy()
         assert row["probe_acc"] == pytest.approx(accuracy_score(y, logits.argmax(1)), abs=1e-6)
         assert row["probe_f1"] == pytest.approx(f1_score(y, logits.argmax(1), average="macro"),

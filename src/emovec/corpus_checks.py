@@ -184,7 +184,7 @@ def forbidden_forms(emotion: str) -> set[str]:
     return forms
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _emotion_pattern(emotion: str) -> re.Pattern[str]:
     # Longest forms first, so "happily" is reported rather than a shorter form inside it.
     forms = sorted(forbidden_forms(emotion), key=len, reverse=True)

@@ -17,8 +17,8 @@ from scipy import stats
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
-from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.metrics import r2_score
+from sklearn.model_selection import KFold, cross_val_predict
 
 N_COMPONENTS = 10
 
