@@ -75,17 +75,6 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int 
     return batches
 
 
-class _ItemDataset(Dataset):
-    def __init__(self, items: Sequence[CaptureItem]) -> None:
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> CaptureItem:
-        return self.items[i]
-
-
 class RankBatchSampler(Sampler[list[int]]):
     """This rank's share of the planned batches: batch b goes to rank b mod world_size.
 
