@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -201,6 +202,13 @@ def log_artifacts(tracker: RunTracker, cfg: DictConfig, run_dir: Path, summary: 
                              "emotion-probes", {"layers": summary["layers"]})
 
 
+def _launching_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 0
+
+
 def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """The whole train job; returns the summary (None on non-zero DDP ranks)."""
     timings: dict[str, float] = {}
@@ -216,7 +224,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         log.info("features found in %s: the model is not loaded", store.dir)
         features = store.load()
     else:
-        if cfg.get("recapture", False) and store.dir.exists():
+        if cfg.get("recapture", False) and store.dir.exists() and _launching_rank() == 0:
+            # Only the first process clears the store: DDP ranks re-run this script and would
+            # otherwise delete what rank 0 has just begun.
             import shutil
 
             shutil.rmtree(store.dir)
