@@ -56,12 +56,13 @@ def load_inputs(cfg: DictConfig) -> Inputs:
     emotions = emotions_in_order(stories, list(norms.table.index))
     # A lexicon (norms=warriner) may lack some emotions; those are reported and left out, never
     # silently. Any other emotion missing from the norms is an error (usually a spelling).
-    unrated = [e for e in emotions if e in set(norms.missing)]
+    missing = set(norms.missing)
+    unrated = [e for e in emotions if e in missing]
     if unrated:
         log.warning("norms %s rate no %d emotion(s) of the corpus; they are left out: %s",
                     norms.source, len(unrated), ", ".join(unrated))
-        stories = [s for s in stories if s.emotion not in set(unrated)]
-        emotions = [e for e in emotions if e not in set(unrated)]
+        stories = [s for s in stories if s.emotion not in missing]
+        emotions = [e for e in emotions if e not in missing]
     absent = [e for e in emotions if e not in norms.table.index]
     if absent:
         where = cfg.dataset.get("path") or "the bundled corpus"

@@ -152,7 +152,5 @@ class FeatureStore:
         if path.exists():
             return pd.read_csv(path)
         table = compute()
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        _atomic_write_text(path, table.to_csv(index=False))
         return table
