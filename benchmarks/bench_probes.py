@@ -1,6 +1,6 @@
 """All-layers-at-once probes against one probe per layer in a loop, same settings, same run.
 
-Synthetic features the size of the embedded default (SmolLM2-135M on the bundled corpus: ~1026
+Synthetic features the size of the embedded default (SmolLM2-135M on the bundled corpus: 2,052
 stories, 30 blocks + embeddings = 31 layers, 576 dims, 171 emotions), with an emotion signal that
 grows with depth. Run: python benchmarks/bench_probes.py [--stories N --layers L --hidden H]
 """
@@ -38,7 +38,7 @@ def timed_fit(features, emotion, valence, arousal, layers, emotions, cfg):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stories", type=int, default=1026)
+    parser.add_argument("--stories", type=int, default=2052)
     parser.add_argument("--layers", type=int, default=31)
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--emotions", type=int, default=171)

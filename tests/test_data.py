@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+import re
+from collections import Counter
 
 import pytest
 
@@ -16,28 +17,40 @@ STORIES = read_stories(bundled_path("stories.jsonl"))
 TOPICS = set(bundled_path("topics.txt").read_text().splitlines())
 
 
-def test_every_emotion_has_six_stories_on_three_topics_in_both_persons():
+# The bundled design (src/emovec/data/CORPUS.md): every emotion in the same six situations,
+# each with a fixed person and amount of quoted speech, written in two passes.
+SITUATIONS = {
+    "a long train journey": ("first", False),
+    "a family meal at home": ("third", True),
+    "a phone call in the evening": ("first", True),
+    "a walk through the neighbourhood": ("third", False),
+    "a morning at work": ("first", False),
+    "an afternoon at the market": ("third", True),
+}
+
+
+def test_every_emotion_has_one_story_per_situation_in_each_pass():
     emotions = load_emotions()
     assert len(emotions) == 171
-    by = defaultdict(list)
+    cells = Counter((s.emotion, s.topic, s.meta["pass"]) for s in STORIES)
+    expected = {(e, t, p) for e in emotions for t in SITUATIONS for p in (1, 2)}
+    assert set(cells) == expected
+    assert set(cells.values()) == {1}
+    assert len(STORIES) == 2052
+
+
+def test_each_situation_keeps_its_person_and_speech():
     for s in STORIES:
-        by[s.emotion].append(s)
-    assert set(by) == set(emotions)
-    for emotion, stories in by.items():
-        assert len(stories) >= 6, emotion
-        assert len({s.topic for s in stories}) >= 3, emotion
-        assert {s.meta["person"] for s in stories} == {"first", "third"}, emotion
-    assert len(STORIES) >= 1026
-
-
-def test_topics_come_from_topics_txt():
-    assert len(TOPICS) >= 100
-    assert {s.topic for s in STORIES} <= TOPICS
+        person, speech = SITUATIONS[s.topic]
+        assert s.meta["person"] == person, s.text[:60]
+        quotes = len(re.findall(r'["\u201c\u201d]', s.text))
+        assert (2 <= quotes <= 4) if speech else quotes == 0, s.text[:60]
+        assert "!" not in s.text, s.text[:60]
 
 
 def test_story_lengths():
     lengths = [word_count(s.text) for s in STORIES]
-    assert min(lengths) >= 80 and max(lengths) <= 220
+    assert min(lengths) >= 120 and max(lengths) <= 165
 
 
 def test_no_story_names_its_own_emotion():
@@ -60,8 +73,8 @@ def test_no_two_stories_share_more_than_a_small_fraction_of_4grams():
 def test_neutral_texts():
     rows = [json.loads(line) for line in bundled_path("neutral.jsonl").read_text().splitlines() if line.strip()]
     kinds = Counter(r["kind"] for r in rows)
-    # Dialogues and factual paragraphs as the papers' baselines; flat narratives on the stories'
-    # own topics, so denoising removes narrative and topic variation too.
+    # Dialogues and factual paragraphs as the papers' baselines; flat narratives on the 111
+    # generation topics, so denoising removes narrative and topic variation too.
     assert kinds["dialogue"] + kinds["paragraph"] >= 120
     assert abs(kinds["dialogue"] - kinds["paragraph"]) <= 0.1 * (kinds["dialogue"] + kinds["paragraph"])
     assert kinds["narrative"] >= 200
